@@ -779,15 +779,16 @@ def fetch_json(
         response = session.get(
             url, params={**params, "appid": config.api_key}, timeout=config.timeout
         )
-    except requests.exceptions.Timeout:
+    except requests.exceptions.RequestException as exc:
+        failure = network_failure(exc)
+        if failure == "unreachable":
+            problem = f"could not connect to OpenWeather at {config.openweather_url}"
+        elif failure == "timeout":
+            problem = f"OpenWeather did not answer within {config.timeout:g}s"
+        else:
+            problem = "the connection to OpenWeather broke"
         raise TemporaryError(
-            f"OpenWeather did not answer within {config.timeout:g}s ({what}), "
-            f"{TRIES} tries. Run again later."
-        ) from None
-    except requests.exceptions.RequestException:
-        raise TemporaryError(
-            f"could not connect to OpenWeather at {config.openweather_url} ({what}), "
-            f"{TRIES} tries. Check the network; run again later."
+            f"{problem} ({what}, {TRIES} tries). Check the network; run again later."
         ) from None
     status = response.status_code
     if status == 401:
@@ -970,54 +971,28 @@ def send_text(client: Client, sender: str, receiver: str, body: str) -> Outcome:
     )
 
     to = mask_number(receiver)
+    maybe = (
+        f"the text to {to} may or may not have gone out. Check the Twilio console's "
+        "message log before running again with --force."
+    )
     try:
         message = client.messages.create(to=receiver, from_=sender, body=body)
     except (TwilioRestException, TwilioServiceException) as exc:
         return _refusal(exc.status, exc.code, _twilio_text(exc), receiver, sender)
     except TwilioException:
-        return Outcome(
-            receiver,
-            EX_TEMPFAIL,
-            f"Twilio failed while sending to {to}; the text "
-            "may or may not have gone out. Check the Twilio console before "
-            "running again.",
-            accepted=False,
-        )
-    except requests.exceptions.ConnectTimeout:
-        return Outcome(
-            receiver,
-            EX_TEMPFAIL,
-            f"could not connect to Twilio to text {to} "
-            f"({TRIES} tries); nothing was sent. Run again later.",
-            accepted=False,
-        )
-    except requests.exceptions.Timeout:
-        return Outcome(
-            receiver,
-            EX_TEMPFAIL,
-            f"Twilio did not answer in time for {to}: the "
-            "text may or may not have gone out. Check the Twilio console's message "
-            "log before running again with --force.",
-            accepted=False,
-        )
-    except requests.exceptions.ConnectionError as exc:
-        if _never_connected(exc):
-            return Outcome(
-                receiver,
-                EX_TEMPFAIL,
-                f"could not connect to Twilio at "
-                f"{_host(client)} to text {to} ({TRIES} tries); nothing was sent. "
-                "Check the network; run again later.",
-                accepted=False,
+        return Outcome(receiver, EX_TEMPFAIL, f"Twilio failed: {maybe}", accepted=False)
+    except requests.exceptions.RequestException as exc:
+        failure = network_failure(exc)
+        if failure == "unreachable":
+            text = (
+                f"could not connect to Twilio at {client.api.base_url} ({TRIES} tries); "
+                f"nothing was sent to {to}. Check the network; run again later."
             )
-        return Outcome(
-            receiver,
-            EX_TEMPFAIL,
-            f"the connection to Twilio broke while texting "
-            f"{to}: the text may or may not have gone out. Check the Twilio "
-            "console's message log before running again with --force.",
-            accepted=False,
-        )
+        elif failure == "timeout":
+            text = f"Twilio did not answer within {client.http_client.timeout:g}s: {maybe}"
+        else:
+            text = f"the connection to Twilio broke: {maybe}"
+        return Outcome(receiver, EX_TEMPFAIL, text, accepted=False)
     except ValueError:
         # Only a 2xx reaches JSON parsing unguarded: Twilio accepted the text.
         return Outcome(
@@ -1027,11 +1002,9 @@ def send_text(client: Client, sender: str, receiver: str, body: str) -> Outcome:
             accepted=True,
         )
     segments = message.num_segments or "?"
+    plural = "" if segments == "1" else "s"
     return Outcome(
-        receiver,
-        EX_OK,
-        f"sent {message.sid} to {to} ({segments} segment{'' if segments == '1' else 's'})",
-        accepted=True,
+        receiver, EX_OK, f"sent {message.sid} to {to} ({segments} segment{plural})", accepted=True
     )
 
 
@@ -1054,9 +1027,8 @@ def _refusal(status: int, code: int | None, text: str, receiver: str, sender: st
         return Outcome(
             receiver,
             EX_TEMPFAIL,
-            f"Twilio failed (HTTP {status}) while texting "
-            f"{to}: the text may or may not have gone out. Check the Twilio "
-            "console's message log before running again with --force.",
+            f"Twilio failed (HTTP {status}): the text to {to} may or may not have gone out. "
+            "Check the Twilio console's message log before running again with --force.",
             accepted=False,
         )
     if code in TWILIO_FIXES:
@@ -1072,18 +1044,30 @@ def _refusal(status: int, code: int | None, text: str, receiver: str, sender: st
     )
 
 
-def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
-    """True when the request never reached Twilio (refused, DNS): it cannot have been sent."""
-    from urllib3.exceptions import MaxRetryError, NewConnectionError
+def network_failure(exc: requests.exceptions.RequestException) -> str:
+    """Why a request failed: "unreachable" (nothing was sent), "timeout", or "broken".
 
+    requests wraps urllib3's errors, and once retries run out, in a MaxRetryError too.
+    """
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        MaxRetryError,
+        NewConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "unreachable"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "timeout"
     reason = exc.args[0] if exc.args else None
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
-    return isinstance(reason, NewConnectionError)
-
-
-def _host(client: Client) -> str:
-    return str(client.api.base_url)
+    if isinstance(reason, NewConnectionError | ConnectTimeoutError):
+        return "unreachable"
+    if isinstance(reason, ReadTimeoutError):
+        return "timeout"
+    return "broken"
 
 
 def send_all(

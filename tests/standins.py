@@ -100,7 +100,9 @@ class StandIn:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.block_on_close = False
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -165,8 +167,11 @@ class StandIn:
         for key, value in headers.items():
             handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        try:
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (a timeout test): nobody is left to answer
 
 
 @dataclass(frozen=True)
@@ -308,6 +313,12 @@ class Twilio(StandIn):
         self.stopped: set[str] = set()  # numbers that replied STOP (21610)
         self._sids = itertools.count(1)
         self.messages: list[dict[str, str]] = []  # the forms of the POSTs answered 201
+        self._to_faults: dict[str, deque[Reply]] = {}
+
+    def fail_to(self, number: str, *replies: Reply) -> None:
+        """Answer the next POSTs to `number` with `replies`, in order."""
+        with self._lock:
+            self._to_faults.setdefault(number, deque()).extend(replies)
 
     def posts(self, to: str | None = None) -> int:
         return sum(
@@ -332,6 +343,10 @@ class Twilio(StandIn):
                 },
             )
         to = seen.form.get("To", "")
+        with self._lock:
+            scripted = self._to_faults.get(to)
+            if scripted:
+                return scripted.popleft()
         if not (to.startswith("+") and to[1:].isdigit() and 2 < len(to) <= 16):
             body = fixture("twilio/error-400-21211-docs.json")
             body["message"] = f"The 'To' number {to} is not a valid phone number."
