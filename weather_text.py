@@ -290,7 +290,7 @@ def normalize_number(value: str, name: str) -> str:
         number = "+" + number
     if not E164.match(number):
         raise ConfigError(
-            f"{name} {mask_number(number)!r} is not a phone number in E.164 form. "
+            f"{name} {number[:20]!r} is not a phone number in E.164 form. "
             "Write it like +15551234567 (plus, country code, number; no spaces)."
         )
     return number
@@ -1001,6 +1001,8 @@ def send_text(client: Client, sender: str, receiver: str, body: str) -> Outcome:
             f"sent to {to}, but Twilio's answer could not be read (no SID)",
             accepted=True,
         )
+    if not message.sid:
+        return Outcome(receiver, EX_OK, f"sent to {to} (Twilio gave no SID)", accepted=True)
     segments = message.num_segments or "?"
     plural = "" if segments == "1" else "s"
     return Outcome(
