@@ -73,7 +73,7 @@ BACKOFF_FACTOR = 0.5
 RETRY_AFTER_MAX = 30  # seconds: a cron job should not sleep for an hour on a Retry-After
 FORECAST_STEPS = 9  # 3-hour steps: 27 hours, enough for the rest of any local day
 LOCK_WAIT = 120.0  # seconds a run waits for an overlapping run to finish
-SEND_WORKERS = 8
+SEND_WORKERS = 32  # receivers texted at once; Twilio answers 429 past its own limit
 KEEP_DAYS = 7  # days of send records kept in the state dir
 SECRETS_FILE = Path(__file__).resolve().parent / "secrets.sh"
 

@@ -71,6 +71,7 @@ class Seen:
     query: dict[str, str]
     form: dict[str, str]
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -244,11 +245,19 @@ class OpenWeather(StandIn):
             )
             return Reply(200, body)
         if seen.path in ("/data/2.5/weather", "/data/2.5/forecast"):
-            try:
-                lat, lon = float(seen.query["lat"]), float(seen.query["lon"])
-            except (KeyError, ValueError):
-                return Reply(400, {"cod": "400", "message": "wrong latitude"})
-            place = self._place_at(lat, lon)
+            if "zip" in seen.query:  # the deprecated built-in geocoding: country defaults to US
+                zip_key = (
+                    seen.query["zip"] if "," in seen.query["zip"] else seen.query["zip"] + ",US"
+                )
+                if zip_key not in self.places:
+                    return Reply(404, fixture("openweather/error_404.json"))
+                place = self.places[zip_key]
+            else:
+                try:
+                    lat, lon = float(seen.query["lat"]), float(seen.query["lon"])
+                except (KeyError, ValueError):
+                    return Reply(400, fixture("openweather/error_400_wrong_latitude.json"))
+                place = self._place_at(lat, lon)
             now = int(self.clock())
             local = datetime.fromtimestamp(now, ZoneInfo(place.tz))
             offset = int((local.utcoffset() or timedelta(0)).total_seconds())
