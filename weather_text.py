@@ -250,6 +250,7 @@ class Outcome:
     exit_code: int
     message: str
     accepted: bool  # Twilio accepted the text: it is recorded as sent
+    uncertain: bool = False  # Twilio may have accepted it: it must not be sent again blindly
 
 
 # --- Functional core: parsing ---------------------------------------------------------------
@@ -980,7 +981,7 @@ def send_text(client: Client, sender: str, receiver: str, body: str) -> Outcome:
     except (TwilioRestException, TwilioServiceException) as exc:
         return _refusal(exc.status, exc.code, _twilio_text(exc), receiver, sender)
     except TwilioException:
-        return Outcome(receiver, EX_TEMPFAIL, f"Twilio failed: {maybe}", accepted=False)
+        return Outcome(receiver, EX_TEMPFAIL, f"Twilio failed: {maybe}", False, uncertain=True)
     except requests.exceptions.RequestException as exc:
         failure = network_failure(exc)
         if failure == "unreachable":
@@ -992,7 +993,7 @@ def send_text(client: Client, sender: str, receiver: str, body: str) -> Outcome:
             text = f"Twilio did not answer within {client.http_client.timeout:g}s: {maybe}"
         else:
             text = f"the connection to Twilio broke: {maybe}"
-        return Outcome(receiver, EX_TEMPFAIL, text, accepted=False)
+        return Outcome(receiver, EX_TEMPFAIL, text, False, uncertain=failure != "unreachable")
     except ValueError:
         # Only a 2xx reaches JSON parsing unguarded: Twilio accepted the text.
         return Outcome(
@@ -1032,6 +1033,7 @@ def _refusal(status: int, code: int | None, text: str, receiver: str, sender: st
             f"Twilio failed (HTTP {status}): the text to {to} may or may not have gone out. "
             "Check the Twilio console's message log before running again with --force.",
             accepted=False,
+            uncertain=True,
         )
     if code in TWILIO_FIXES:
         fix = TWILIO_FIXES[code].format(to=to, sender=mask_number(sender))
@@ -1095,20 +1097,13 @@ def send_all(
 # --- The command line ---------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, through main
         raise UsageError(f"{message}. See --help.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    doc = __doc__ or ""
-    parser = _Parser(
-        prog="weather_text.py",
-        description="Text today's weather for a zipcode by SMS, once a day.",
-        epilog=doc[doc.index("Environment") :],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("zip", metavar="ZIP", help="zip code: 94103, 94103-1234, or E14,GB")
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every front end shares: where, in what units, to whom, and how loudly."""
     parser.add_argument("--country", metavar="CC", help="country of the zip (default US)")
     parser.add_argument(
         "--units",
@@ -1123,25 +1118,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="send to NUMBER instead of TWILIO_RECEIVER_NUMBER (repeatable)",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the text on stdout; send and record nothing"
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="send even to receivers who got today's text already"
-    )
-    parser.add_argument(
         "--env-file", metavar="PATH", help="read missing settings from PATH instead of secrets.sh"
     )
     chatter = parser.add_mutually_exclusive_group()
     chatter.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     chatter.add_argument("-v", "--verbose", action="store_true", help="say more")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__ or ""
+    parser = UsageParser(
+        prog="weather_text.py",
+        description="Text today's weather for a zipcode by SMS, once a day.",
+        epilog=doc[doc.index("Environment") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("zip", metavar="ZIP", help="zip code: 94103, 94103-1234, or E14,GB")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the text on stdout; send and record nothing"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="send even to receivers who got today's text already"
+    )
+    add_run_options(parser)
     return parser
 
 
 class _Formatter(logging.Formatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno == logging.INFO else record.levelname.lower() + ": "
         stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
-        return f"{stamp} {PROG}: {level}{record.getMessage()}"
+        return f"{stamp} {self.prog}: {level}{record.getMessage()}"
 
 
 class _Redact(logging.Filter):
@@ -1159,44 +1170,39 @@ class _Redact(logging.Filter):
         return True
 
 
-def setup_logging(quiet: bool, verbose: bool) -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+def _our_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers if getattr(h, "_weather_text", False)]
+
+
+def setup_logging(quiet: bool, verbose: bool, prog: str = PROG) -> None:
+    """Timestamped lines on stderr, for cron logs; nothing at import time."""
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_weather_text", False)]:
+    for old in _our_handlers():
         root.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(prog))
     handler._weather_text = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     # urllib3 logs retried URLs, appid included; twilio logs each request at INFO.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("twilio").setLevel(logging.WARNING)
-    return handler
 
 
-def run(args: argparse.Namespace, environ: Mapping[str, str], handler: logging.Handler) -> int:
-    location = parse_location(args.zip, args.country)
-    env = read_environment(args.env_file, environ)
-    handler.addFilter(_Redact([env.get(name, "") for name in SECRET_NAMES]))
-    config = load_config(env, sending=not args.dry_run, receivers=args.to)
-    units = args.units or default_units(location)
-    if args.dry_run:
-        state = StateDir(config.state_dir, read_only=True)
-        report = prepare_report(config, location, units, state)
-        info = sms_segments(report.body)
-        print(report.body)
-        log.info(
-            "%d characters, %s, %d segment%s",
-            info.length,
-            info.encoding,
-            info.segments,
-            "" if info.segments == 1 else "s",
-        )
-        return EX_OK
+def redact_secrets(env: Mapping[str, str]) -> None:
+    """From now on, mask the values of the secrets in `env` in every line we log."""
+    for handler in _our_handlers():
+        handler.addFilter(_Redact([env.get(name, "") for name in SECRET_NAMES]))
+
+
+def send_morning_text(
+    config: Config, location: Location, units: str, *, force: bool = False
+) -> int:
+    """The whole job: today's text for one zip to every receiver who has not had it yet."""
     state = StateDir(config.state_dir)
     with state.lock():
         report = prepare_report(config, location, units, state)
-        done = set() if args.force else state.sent(report.local_date, location)
+        done = set() if force else state.sent(report.local_date, location)
         for receiver in config.receivers:
             if receiver in done:
                 log.info(
@@ -1223,6 +1229,30 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], handler: logging.H
     return worst([o.exit_code for o in outcomes])
 
 
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str], *, sending: bool
+) -> tuple[Config, Location, str]:
+    """The Config, Location and units that the shared command-line options describe."""
+    location = parse_location(args.zip, args.country)
+    env = read_environment(args.env_file, environ)
+    redact_secrets(env)
+    config = load_config(env, sending=sending, receivers=args.to)
+    return config, location, args.units or default_units(location)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    config, location, units = settings_from_args(args, environ, sending=not args.dry_run)
+    if not args.dry_run:
+        return send_morning_text(config, location, units, force=args.force)
+    state = StateDir(config.state_dir, read_only=True)
+    report = prepare_report(config, location, units, state)
+    info = sms_segments(report.body)
+    print(report.body)
+    plural = "" if info.segments == 1 else "s"
+    log.info("%d characters, %s, %d segment%s", info.length, info.encoding, info.segments, plural)
+    return EX_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -1230,9 +1260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
-    handler = setup_logging(args.quiet, args.verbose)
+    setup_logging(args.quiet, args.verbose)
     try:
-        return run(args, os.environ, handler)
+        return run(args, os.environ)
     except WeatherTextError as exc:
         log.error("%s", exc)
         return exc.exit_code
