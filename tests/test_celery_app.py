@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
+from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.schedules import crontab
 from celery.signals import task_postrun, task_retry
@@ -120,7 +121,7 @@ def finished(events, name: str, count: int) -> bool:
 
 
 def test_the_beat_entry_is_a_crontab_at_the_local_time_and_zone() -> None:
-    app = celery_app.Celery("probe")
+    app = Celery("probe")
     celery_app.configure(app, {"WEATHER_TEXT_AT": "06:30", "WEATHER_TEXT_TZ": "Europe/London"})
     assert app.conf.timezone == "Europe/London"
     entry = app.conf.beat_schedule["morning-text"]
@@ -144,7 +145,7 @@ def test_the_beat_entry_is_a_crontab_at_the_local_time_and_zone() -> None:
 )
 def test_bad_schedule_settings_are_configuration_errors(env, message) -> None:
     with pytest.raises(wt.ConfigError, match=message):
-        celery_app.configure(celery_app.Celery("probe"), env)
+        celery_app.configure(Celery("probe"), env)
 
 
 def test_zips_read_other_countries_as_zip_colon_country() -> None:
