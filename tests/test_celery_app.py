@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -21,6 +23,7 @@ from celery.signals import task_postrun, task_retry
 
 import celery_app
 import weather_text as wt
+from tests.conftest import ROOT
 from tests.standins import RECEIVER, Reply
 
 OTHER = "+15558675311"
@@ -243,3 +246,51 @@ def test_a_twilio_timeout_keeps_the_guard_and_is_not_retried(
     assert events["retried"] == []
     key = celery_app.guard_key("2026-12-04", "94103,US", RECEIVER)
     assert redis.Redis.from_url(redis_url).exists(key) == 1
+
+
+@pytest.mark.slow
+def test_the_readmes_single_box_command_texts_at_the_configured_minute(
+    redis_url, settings, twilio, tmp_path
+) -> None:
+    # `celery -A celery_app worker --beat`, as the README gives it, as a real process.
+    redis.Redis.from_url(redis_url).flushdb()
+    now = datetime.now(ZoneInfo("UTC"))
+    due = now.replace(second=0, microsecond=0) + timedelta(minutes=1 if now.second < 50 else 2)
+    env = {
+        **settings,
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "CELERY_BROKER_URL": redis_url,
+        "WEATHER_TEXT_ZIPS": "94103",
+        "WEATHER_TEXT_AT": due.strftime("%H:%M"),
+        "WEATHER_TEXT_TZ": "UTC",
+    }
+    celery = Path(sys.executable).parent / "celery"
+    process = subprocess.Popen(
+        [
+            str(celery),
+            "-A",
+            "celery_app",
+            "worker",
+            "--beat",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
+            "-s",
+            str(tmp_path / "beat-schedule"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: twilio.posts() >= 1, seconds=150)
+        assert [m["To"] for m in twilio.messages] == [RECEIVER]
+        assert datetime.now(ZoneInfo("UTC")) >= due
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
