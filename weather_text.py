@@ -27,7 +27,8 @@ Exit status:
   69  a service refused for good (bad key, unknown zip, invalid or unverified number)
   70  internal error (a bug: please report it)
   75  temporary failure (network, timeouts, 5xx, 429 after retries): run again later
-  78  configuration error (missing or invalid settings, unreadable secrets file)
+  78  configuration error (missing or invalid settings, unreadable secrets file,
+      a state dir that cannot be written)
 With several receivers, the most serious outcome wins (78 > 69 > 75 > 0).
 """
 
@@ -327,6 +328,10 @@ def load_config(env: Mapping[str, str], *, sending: bool, receivers: Sequence[st
         else:
             listed = [r for r in env["TWILIO_RECEIVER_NUMBER"].split(",") if r.strip()]
             receivers_out = tuple(normalize_number(r, "TWILIO_RECEIVER_NUMBER") for r in listed)
+            if not receivers_out:
+                raise ConfigError(
+                    "TWILIO_RECEIVER_NUMBER lists no number. Give one, like +15558675310."
+                )
     timeout_text = env.get("WEATHER_TEXT_TIMEOUT", "").strip() or str(DEFAULT_TIMEOUT)
     try:
         timeout = float(timeout_text)
@@ -1089,7 +1094,10 @@ def send_all(
         for future in concurrent.futures.as_completed(futures):
             outcome = future.result()
             if outcome.accepted:
-                on_accepted(outcome.receiver)
+                try:
+                    on_accepted(outcome.receiver)
+                except WeatherTextError as exc:  # keep recording the others
+                    outcome = Outcome(outcome.receiver, exc.exit_code, str(exc), accepted=True)
             outcomes.append(outcome)
     return outcomes
 

@@ -430,3 +430,35 @@ def test_no_secret_in_any_output_even_verbose(settings, run, openweather, twilio
     for output in outputs:
         assert_no_secret(output.all)
         assert "Traceback" not in output.all
+
+
+def test_a_record_that_cannot_be_written_is_reported_for_each_receiver(
+    env, run, twilio, state_dir, monkeypatch
+) -> None:
+    # The state dir is fine when the run starts, but sent.json cannot be replaced: a
+    # directory stands where the file goes. Every text went out; each one says so.
+    monkeypatch.setenv("TWILIO_RECEIVER_NUMBER", ",".join([RECEIVER, *TWO_MORE]))
+    (state_dir / "sent.json").mkdir(parents=True)
+    result = run("94103")
+    assert result.code == 78
+    assert twilio.posts() == 3
+    assert result.err.count("went out, but recording it in") == 3
+    assert "Fix the state dir before the next run, or it sends again." in result.err
+
+
+def test_twilio_region_and_edge_do_not_move_a_base_url_that_was_set(
+    env, run, twilio, monkeypatch
+) -> None:
+    # The twilio client would rewrite 127.0.0.1 into 127.ie1.0.1 (its host-name rule).
+    monkeypatch.setenv("TWILIO_REGION", "ie1")
+    monkeypatch.setenv("TWILIO_EDGE", "dublin")
+    assert run("94103").code == 0
+    assert twilio.posts() == 1
+
+
+def test_current_weather_and_forecast_are_asked_together(env, run, openweather) -> None:
+    openweather.latency = 0.3
+    assert run("94103", "--dry-run").code == 0
+    [current] = [r.at for r in openweather.requests if r.path == "/data/2.5/weather"]
+    [forecast] = [r.at for r in openweather.requests if r.path == "/data/2.5/forecast"]
+    assert abs(current - forecast) < 0.15  # one did not wait for the other's answer

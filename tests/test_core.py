@@ -115,6 +115,11 @@ def test_load_config_normalizes_and_dedupes_receivers() -> None:
     assert config.receivers == ("+15558675310", "+15558675311")
 
 
+def test_a_receiver_list_of_only_commas_is_a_configuration_error() -> None:
+    with pytest.raises(wt.ConfigError, match="TWILIO_RECEIVER_NUMBER lists no number"):
+        wt.load_config({**FULL, "TWILIO_RECEIVER_NUMBER": " , ,"}, sending=True)
+
+
 def test_to_replaces_the_receiver_list_and_may_stand_in_for_it() -> None:
     env = {k: v for k, v in FULL.items() if k != "TWILIO_RECEIVER_NUMBER"}
     assert wt.load_config(env, sending=True, receivers=["+15550001111"]).receivers == (

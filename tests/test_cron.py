@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -81,24 +82,36 @@ def cron_pids() -> list[int]:
     return [int(pid) for pid in done.stdout.split()]
 
 
+@dataclass
+class Crontab:
+    saved: str  # the crontab found, restored after the test
+
+    def install(self, line: str) -> None:
+        """The crontab found, plus `line`: its own entries keep running meanwhile."""
+        subprocess.run(["crontab", "-"], input=self.saved + line + "\n", text=True, check=True)
+
+
 @pytest.fixture
-def cron_daemon():
-    """Debian's cron in the foreground, started for this test and stopped after it."""
-    cron = Path("/usr/sbin/cron")
-    assert cron.exists(), "Debian's cron is not installed: run scripts/install-test-services"
-    assert os.geteuid() == 0, "the cron daemon test installs a crontab and runs cron: needs root"
-    assert not cron_pids(), "another cron daemon is running; stop it (service cron stop)"
-    saved = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    daemon = subprocess.Popen([str(cron), "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def cron_daemon() -> Iterator[Crontab]:
+    """Debian's cron: the one running, or one started in the foreground for this test."""
+    daemon = None
+    if not cron_pids():
+        cron = Path("/usr/sbin/cron")
+        assert cron.exists(), "Debian's cron is not installed: run scripts/install-test-services"
+        assert os.geteuid() == 0, "no cron daemon runs, and starting one needs root"
+        daemon = subprocess.Popen([str(cron), "-f"], stderr=subprocess.DEVNULL)
+    found = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    crontab = Crontab(found.stdout if found.returncode == 0 else "")
     try:
-        yield daemon
+        yield crontab
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=10)
-        if saved.returncode == 0:
-            subprocess.run(["crontab", "-"], input=saved.stdout, text=True, check=True)
+        if found.returncode == 0:
+            subprocess.run(["crontab", "-"], input=found.stdout, text=True, check=True)
         else:
             subprocess.run(["crontab", "-r"], capture_output=True)
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=10)
 
 
 def wait_for(predicate: Callable[[], object], seconds: float) -> bool:
@@ -115,7 +128,7 @@ def test_under_the_real_cron_daemon_one_text_a_day(cron_daemon, settings, twilio
     checkout = make_checkout(tmp_path, settings)
     line = job_line().replace(PLACEHOLDER, str(checkout))
     every_minute = "* * * * * " + line.split(None, 5)[5]
-    subprocess.run(["crontab", "-"], input=every_minute + "\n", text=True, check=True)
+    cron_daemon.install(every_minute)
     log = checkout / "weather_text.log"
 
     def log_text() -> str:

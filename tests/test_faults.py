@@ -383,6 +383,7 @@ def test_fault(row: Row, settings, openweather, twilio, run, tmp_path, monkeypat
     lines = result.err.splitlines()
     if row.code == 2:
         assert len(lines) == 1 and "weather_text: error: " in lines[0]
+        assert openweather.requests == []  # refused before any request
     else:
         assert all(LINE.match(line) for line in lines), result.err  # no traceback, no strays
         assert sum(" error: " in line for line in lines) == (row.code != 0)

@@ -119,7 +119,12 @@ def read_until(process: subprocess.Popen[str], needle: str, seconds: float = 30)
 
 def stop(process: subprocess.Popen[str]) -> int:
     process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=10)
+    try:
+        return process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, rest = process.communicate()
+        pytest.fail(f"SIGTERM did not end run_schedule.py within 10 s; it said:\n{rest}")
 
 
 def test_catch_up_sends_now_when_todays_text_is_missing_and_sigterm_exits_0(
