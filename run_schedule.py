@@ -132,9 +132,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
         return exc.exit_code
 
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("got %s: stopping", signal.Signals(signum).name)
+        # Only set a flag: a handler that logs can land inside a write to stderr and
+        # hang on the reentrant call (seen under load). The loop logs for it.
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -154,6 +157,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
         log.info("--catch-up: sending today's text now unless it went out already")
         job()
     serve(scheduler, stop)
+    log.info("got %s: stopped", signal.Signals(received[0]).name if received else "a stop")
     return wt.EX_OK
 
 

@@ -120,7 +120,9 @@ def read_until(process: subprocess.Popen[str], needle: str, seconds: float = 30)
 def stop(process: subprocess.Popen[str]) -> int:
     process.send_signal(signal.SIGTERM)
     try:
-        return process.wait(timeout=10)
+        _, rest = process.communicate(timeout=10)
+        assert "got SIGTERM: stopped" in rest
+        return process.returncode
     except subprocess.TimeoutExpired:
         process.kill()
         _, rest = process.communicate()
