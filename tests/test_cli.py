@@ -461,4 +461,4 @@ def test_current_weather_and_forecast_are_asked_together(env, run, openweather) 
     assert run("94103", "--dry-run").code == 0
     [current] = [r.at for r in openweather.requests if r.path == "/data/2.5/weather"]
     [forecast] = [r.at for r in openweather.requests if r.path == "/data/2.5/forecast"]
-    assert abs(current - forecast) < 0.15  # one did not wait for the other's answer
+    assert abs(current - forecast) < 0.25  # one did not wait for the other (0.3 s) answer
