@@ -115,6 +115,14 @@ def backoff(retries: int, env: Mapping[str, str]) -> float:
     return float(min(BACKOFF_MAX, base * 2**retries) * random.uniform(0.5, 1.0))
 
 
+def gave_up(task: Task, message: str) -> bool:
+    """True, after logging one line, when the task has used all its retries."""
+    if task.request.retries < task.max_retries:
+        return False
+    log.error("%s; gave up after %d retries", message, task.max_retries)
+    return True
+
+
 @functools.lru_cache(maxsize=4)
 def guards(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
@@ -127,8 +135,11 @@ def guard_key(local_date: str, location_key: str, receiver: str) -> str:
 @app.task
 def morning_run() -> int:
     """Beat's task: one prepare_zip per zip."""
-    env = wt.read_environment(None, os.environ)
-    locations = zips(env)
+    try:
+        locations = zips(wt.read_environment(None, os.environ))
+    except wt.ConfigError as exc:
+        log.error("%s", exc)
+        return 0
     for location in locations:
         prepare_zip.delay(location.key)
     log.info("morning run: %d zip(s)", len(locations))
@@ -138,14 +149,17 @@ def morning_run() -> int:
 @app.task(bind=True, max_retries=MAX_RETRIES)
 def prepare_zip(self: Task, location_key: str) -> int:
     """Fetch one zip's weather once, and queue its text for every receiver."""
-    env = wt.read_environment(None, os.environ)
+    env: Mapping[str, str] = {}
     try:
+        env = wt.read_environment(None, os.environ)
         config = wt.load_config(env, sending=True)
         zip_code, _, country = location_key.partition(",")
         location = wt.parse_location(zip_code, country)
         units = wt.default_units(location)
         report = wt.prepare_report(config, location, units, wt.StateDir(config.state_dir))
     except wt.TemporaryError as exc:
+        if gave_up(self, f"{location_key}: {exc}"):
+            return 0
         log.warning("%s: %s; retrying", location_key, exc)
         raise self.retry(countdown=backoff(self.request.retries, env)) from None
     except wt.WeatherTextError as exc:
@@ -159,8 +173,8 @@ def prepare_zip(self: Task, location_key: str) -> int:
 @app.task(bind=True, max_retries=MAX_RETRIES)
 def send_text(self: Task, location_key: str, local_date: str, receiver: str, body: str) -> str:
     """Send one text at most once: guarded in Redis by (local date, zip, receiver)."""
-    env = wt.read_environment(None, os.environ)
     try:
+        env = wt.read_environment(None, os.environ)
         config = wt.load_config(env, sending=True)
     except wt.ConfigError as exc:
         log.error("%s (not retried)", exc)
@@ -183,6 +197,8 @@ def send_text(self: Task, location_key: str, local_date: str, receiver: str, bod
         return "uncertain"
     store.delete(key)  # Twilio did not take it: a retry, or a later run, may send it
     if outcome.exit_code == wt.EX_TEMPFAIL:
+        if gave_up(self, outcome.message):
+            return "gave up"
         log.warning("%s; retrying", outcome.message)
         raise self.retry(countdown=backoff(self.request.retries, env))
     log.error("%s (not retried)", outcome.message)

@@ -294,3 +294,23 @@ def test_the_readmes_single_box_command_texts_at_the_configured_minute(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_retries_are_bounded(worker, events, twilio, redis_url) -> None:
+    busy = Reply(503, b"", {"Retry-After": "0"})
+    tries = celery_app.MAX_RETRIES + 1
+    twilio.fail_to(RECEIVER, *[busy] * (3 * tries))  # every try: the client's three POSTs
+    celery_app.send_text.delay("94103,US", "2026-12-04", RECEIVER, "text")
+    wait_for(
+        lambda: (
+            finished(events, "send_text", 1)
+            and ("celery_app.send_text", "gave up") in events["done"]
+        ),
+        seconds=60,
+    )
+    assert len(events["retried"]) == celery_app.MAX_RETRIES
+    assert twilio.posts(RECEIVER) == 3 * tries
+    assert twilio.messages == []
+    key = celery_app.guard_key("2026-12-04", "94103,US", RECEIVER)
+    assert redis.Redis.from_url(redis_url).exists(key) == 0
