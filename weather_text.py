@@ -239,8 +239,6 @@ class SmsInfo:
 class Report:
     """The text for one zip on one local day."""
 
-    location: Location
-    place: Place
     local_date: date
     body: str
 
@@ -574,7 +572,6 @@ def default_units(location: Location) -> str:
 
 
 def build_report(
-    location: Location,
     place: Place,
     reading: Reading,
     steps: Sequence[Step],
@@ -583,7 +580,7 @@ def build_report(
 ) -> Report:
     outlook = plan_outlook(reading, steps, now)
     body = format_message(place.name, reading, outlook, units)
-    return Report(location, place, outlook.local_date, body)
+    return Report(outlook.local_date, body)
 
 
 def worst(codes: Sequence[int]) -> int:
@@ -886,13 +883,12 @@ def prepare_report(
     location: Location,
     units: str,
     state: StateDir | None,
-    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> Report:
     """Everything up to the text: the place, the weather, and the body for today there."""
     with make_session(openweather_retry()) as session:
         place = fetch_place(session, config, location, state)
         reading, steps = fetch_weather(session, config, location, place, units)
-    return build_report(location, place, reading, steps, units, now())
+    return build_report(place, reading, steps, units, datetime.now(timezone.utc))
 
 
 # --- Imperative shell: Twilio ------------------------------------------------------------------
@@ -1200,6 +1196,8 @@ def setup_logging(quiet: bool, verbose: bool, prog: str = PROG) -> None:
 def redact_secrets(env: Mapping[str, str]) -> None:
     """From now on, mask the values of the secrets in `env` in every line we log."""
     for handler in _our_handlers():
+        for old in [f for f in handler.filters if isinstance(f, _Redact)]:
+            handler.removeFilter(old)  # run_schedule calls this every morning: replace, not pile up
         handler.addFilter(_Redact([env.get(name, "") for name in SECRET_NAMES]))
 
 

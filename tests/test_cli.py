@@ -462,3 +462,17 @@ def test_current_weather_and_forecast_are_asked_together(env, run, openweather) 
     [current] = [r.at for r in openweather.requests if r.path == "/data/2.5/weather"]
     [forecast] = [r.at for r in openweather.requests if r.path == "/data/2.5/forecast"]
     assert abs(current - forecast) < 0.25  # one did not wait for the other (0.3 s) answer
+
+
+def test_the_log_masks_secrets_and_a_daily_reload_keeps_one_mask(capsys) -> None:
+    import logging
+
+    import weather_text
+
+    weather_text.setup_logging(quiet=False, verbose=False)
+    for _ in range(3):  # run_schedule reloads the settings every morning
+        weather_text.redact_secrets({"OPENWEATHER_API_KEY": "key-0123456789"})
+    logging.getLogger("weather_text").info("url ...&appid=key-0123456789")
+    assert capsys.readouterr().err.endswith("url ...&appid=********\n")
+    [handler] = [h for h in logging.getLogger().handlers if getattr(h, "_weather_text", False)]
+    assert len(handler.filters) == 1
